@@ -122,7 +122,8 @@ def numeric_keys(runs: Sequence[Run]) -> list[str]:
 
 def resolve_criteria(runs: Sequence[Run], requested: Sequence[str]) -> list[str]:
     """The criteria to report: ``val_acc``, ``nac_me``, then each requested name or shell
-    pattern (e.g. ``"nac_me_*"``) matched against the records' numeric keys.
+    pattern (e.g. ``"nac_me_*"``; a pattern without "/" skips keys holding "/", the
+    diagnostics) matched against the records' numeric keys.
 
     A requested name or pattern that matches nothing is a :class:`ReportError`.
     """
@@ -133,7 +134,9 @@ def resolve_criteria(runs: Sequence[Run], requested: Sequence[str]) -> list[str]
         if not item:
             continue
         if any(c in item for c in "*?["):
-            matches = [k for k in available if fnmatch.fnmatchcase(k, item)]
+            # a pattern without "/" leaves out diagnostics such as "nac_me_a1_r50/saturated"
+            candidates = [k for k in available if "/" in item or "/" not in k]
+            matches = [k for k in candidates if fnmatch.fnmatchcase(k, item)]
         else:
             matches = [item] if item in available or item in BASE_CRITERIA else []
         if not matches:

@@ -122,15 +122,27 @@ def test_null_criterion_values_are_skipped_and_missing_criterion_gives_empty_cel
 
 
 def test_extra_criteria_by_name_and_pattern(tmp_path):
-    extra = {"nac_me_a1_r50": [0.9, 0.1, 0.2], "nac_me_a2_r50": [0.1, 0.2, 0.9]}
+    extra = {
+        "nac_me_a1_r50": [0.9, 0.1, 0.2],
+        "nac_me_a2_r50": [0.1, 0.2, 0.9],
+        "nac_me_a1_r50/saturated": [0.0, 0.1, 0.2],  # a diagnostic: not matched by "nac_me_*"
+        "note": ["x", "y", "z"],  # not numeric: never a criterion
+    }
     write_jsonl(tmp_path / "a", make_records(A0_H0, **extra))
     runs = load_runs([tmp_path])
     assert resolve_criteria(runs, []) == ["val_acc", "nac_me"]
     assert resolve_criteria(runs, ["nac_me_a2_r50"]) == ["val_acc", "nac_me", "nac_me_a2_r50"]
     crits = resolve_criteria(runs, ["nac_me_*", "val_acc"])
     assert crits == ["val_acc", "nac_me", "nac_me_a1_r50", "nac_me_a2_r50"]
+    assert resolve_criteria(runs, ["*/saturated"]) == [
+        "val_acc",
+        "nac_me",
+        "nac_me_a1_r50/saturated",
+    ]
     with pytest.raises(ReportError, match="'nac_me_a9' is not a numeric key.*nac_me_a1_r50"):
         resolve_criteria(runs, ["nac_me_a9"])
+    with pytest.raises(ReportError, match="'note' is not a numeric key"):
+        resolve_criteria(runs, ["note"])
     (summary,) = summarize(runs, crits)
     rows = _rows(summary)
     assert rows["nac_me_a1_r50"].cells["A"].values == {0: 0.40}  # step 0
