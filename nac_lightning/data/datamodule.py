@@ -24,6 +24,10 @@ rows ``[d * batch_size, (d + 1) * batch_size)`` come from the d-th source enviro
 "epoch" is ``steps_per_epoch`` steps, by default ``ceil(largest source "in" split / batch_size)``;
 the loader is reusable across epochs (fresh, reproducible batches each epoch), so training by
 steps (``max_steps``, ``val_check_interval`` in steps, ``check_val_every_n_epoch=None``) works.
+
+Under data parallelism (``trainer.world_size > 1``) every rank draws its own balanced batches
+(:class:`~nac_lightning.data.samplers.DistributedBalancedDomainSampler`, which Lightning keeps
+as is), so ``batch_size`` is per process and per source domain.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from nac_lightning.data.datasets import (
     TransformedSubset,
     get_dataset_class,
 )
-from nac_lightning.data.samplers import BalancedDomainSampler
+from nac_lightning.data.samplers import BalancedDomainSampler, DistributedBalancedDomainSampler
 from nac_lightning.data.splits import split_indices
 
 __all__ = ["DomainBedDataModule"]
@@ -291,13 +295,18 @@ class DomainBedDataModule(L.LightningDataModule):
         """Balanced batches: ``batch_size`` samples of every source environment per step."""
         self._require_setup()
         sizes = [len(self.splits[e]["in"]) for e in self.source_envs]
-        self.train_sampler = BalancedDomainSampler(
-            sizes,
-            self.batch_size,
-            num_steps=self.steps_per_epoch,
-            seed=self.seed,
-            replacement=self.replacement,
-        )
+        kwargs = {"num_steps": self.steps_per_epoch, "seed": self.seed}
+        trainer = self.trainer
+        world_size = trainer.world_size if trainer is not None else 1
+        if world_size > 1:  # data parallel: every rank draws its own balanced batches
+            self.train_sampler: BalancedDomainSampler = DistributedBalancedDomainSampler(
+                sizes, self.batch_size, replacement=self.replacement, rank=trainer.global_rank,
+                num_replicas=world_size, **kwargs,
+            )  # fmt: skip
+        else:
+            self.train_sampler = BalancedDomainSampler(
+                sizes, self.batch_size, replacement=self.replacement, **kwargs
+            )
         return DataLoader(
             self.train_dataset,  # type: ignore[arg-type]
             batch_size=self.batch_size * len(self.source_envs),

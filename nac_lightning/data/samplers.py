@@ -18,11 +18,11 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from nac_lightning.data.splits import seed_hash
 
-__all__ = ["BalancedDomainSampler"]
+__all__ = ["BalancedDomainSampler", "DistributedBalancedDomainSampler"]
 
 
 class BalancedDomainSampler(Sampler[int]):
@@ -36,6 +36,8 @@ class BalancedDomainSampler(Sampler[int]):
         seed: base seed; epoch ``e`` uses ``seed_hash(seed, e)``.
         replacement: True (DomainBed): sample with replacement; False: walk through random
             permutations of each domain (reshuffled when exhausted).
+        rank, num_replicas: this process's rank and the number of processes (data parallel):
+            every rank draws its own balanced batches (seeded by ``(seed, epoch, rank)``).
 
     ``len(sampler) == num_steps * batch_size * len(domain_sizes)``.
     """
@@ -47,6 +49,8 @@ class BalancedDomainSampler(Sampler[int]):
         num_steps: int | None = None,
         seed: int = 0,
         replacement: bool = True,
+        rank: int = 0,
+        num_replicas: int = 1,
     ) -> None:
         sizes = [int(s) for s in domain_sizes]
         if not sizes:
@@ -66,6 +70,9 @@ class BalancedDomainSampler(Sampler[int]):
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.seed = int(seed)
         self.replacement = bool(replacement)
+        self.rank, self.num_replicas = int(rank), int(num_replicas)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, {num_replicas=}")
         self.epoch = 0
         self._epoch_set = False
         self._iterated = False
@@ -96,7 +103,12 @@ class BalancedDomainSampler(Sampler[int]):
         if self._iterated and not self._epoch_set:
             self.epoch += 1
         self._iterated, self._epoch_set = True, False
-        generator = torch.Generator().manual_seed(seed_hash(self.seed, self.epoch))
+        key = (
+            (self.seed, self.epoch)
+            if self.num_replicas == 1
+            else (self.seed, self.epoch, self.rank)
+        )
+        generator = torch.Generator().manual_seed(seed_hash(*key))
         offset = 0
         per_domain = []
         for size in self.domain_sizes:
@@ -105,3 +117,27 @@ class BalancedDomainSampler(Sampler[int]):
             offset += size
         # (steps, domains, batch) -> flat, one step's chunk after the other, domain-major.
         yield from torch.stack(per_domain, dim=1).reshape(-1).tolist()
+
+
+class DistributedBalancedDomainSampler(BalancedDomainSampler, DistributedSampler):
+    """:class:`BalancedDomainSampler` for one rank of a data-parallel run.
+
+    It is a :class:`~torch.utils.data.DistributedSampler` only so that Lightning keeps it instead
+    of wrapping it (a wrapper would shuffle the indices across batches and lose the per-step
+    balance). Each rank yields ``num_steps`` balanced batches of its own.
+    """
+
+    def __init__(
+        self,
+        domain_sizes: Sequence[int],
+        batch_size: int,
+        num_steps: int | None = None,
+        seed: int = 0,
+        replacement: bool = True,
+        rank: int = 0,
+        num_replicas: int = 1,
+    ) -> None:
+        # DistributedSampler.__init__ is not called: it needs a dataset and a process group.
+        BalancedDomainSampler.__init__(
+            self, domain_sizes, batch_size, num_steps, seed, replacement, rank, num_replicas
+        )

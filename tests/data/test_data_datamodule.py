@@ -266,3 +266,33 @@ def test_corrupt_image_error_through_worker(make_tree):
     dm.setup()
     with pytest.raises(CorruptImageError, match=str(bad)):
         next(iter(dm.test_dataloader()[0]))
+
+
+def test_data_parallel_ranks_draw_their_own_balanced_batches():
+    from lightning.pytorch.trainer.connectors.data_connector import _DataConnector
+    from torch.utils.data import DistributedSampler
+
+    from nac_lightning.data.samplers import DistributedBalancedDomainSampler
+
+    ranks = [
+        list(DistributedBalancedDomainSampler([9, 5], 3, seed=1, rank=r, num_replicas=2))
+        for r in range(2)
+    ]
+    assert ranks[0] != ranks[1] and len(ranks[0]) == len(ranks[1]) == 3 * 2 * 3
+    for indices in ranks:  # still domain-major balanced chunks
+        for step in range(3):
+            chunk = indices[6 * step : 6 * step + 6]
+            assert all(i < 9 for i in chunk[:3]) and all(9 <= i < 14 for i in chunk[3:])
+    with pytest.raises(ValueError, match="rank < num_replicas"):
+        BalancedDomainSampler([3], 1, rank=2, num_replicas=2)
+
+    # attached to a (not yet launched) 2-process Trainer, the DataModule picks the rank-aware
+    # sampler and Lightning leaves it in place instead of wrapping it
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    dm = DomainBedDataModule("rotated_digits", test_envs=[0], batch_size=4)
+    dm.trainer = trainer
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, DistributedSampler)
+    assert loader.sampler.num_replicas == 2
+    assert not _DataConnector(trainer)._requires_distributed_sampler(loader)
