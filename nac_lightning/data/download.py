@@ -407,14 +407,23 @@ def _fetch(
     elif archive.gdrive_id is not None:
         import gdown
 
-        result = gdown.download(
-            id=archive.gdrive_id, output=str(dest), quiet=not progress, resume=True
+        advice = (
+            f"Google Drive may be rate-limiting: retry later (the partial file resumes), or save "
+            f"the file by hand as {dest} and run again, or use --base-url with a mirror"
         )
+        try:
+            result = gdown.download(
+                id=archive.gdrive_id, output=str(dest), quiet=not progress, resume=True
+            )
+        except Exception as exc:  # gdown raises several types (FileURLRetrievalError, ...)
+            raise DownloadError(
+                f"gdown could not fetch {archive.filename} (Google Drive id {archive.gdrive_id}): "
+                f"{type(exc).__name__}: {exc}. {advice}"
+            ) from exc
         if result is None or not dest.is_file():
             raise DownloadError(
-                f"gdown could not fetch {archive.filename} (Google Drive id {archive.gdrive_id}); "
-                f"Google Drive may be rate-limiting: retry later, or download the file by hand "
-                f"into {dest.parent} and run again, or use --base-url with a mirror"
+                f"gdown could not fetch {archive.filename} (Google Drive id {archive.gdrive_id}). "
+                + advice
             )
     else:  # pragma: no cover - a malformed source table
         raise DownloadError(f"no source for {archive.filename}")
