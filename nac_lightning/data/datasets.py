@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
@@ -47,8 +48,10 @@ __all__ = [
     "TransformedSubset",
     "get_dataset_class",
     "load_rgb_image",
+    "validate_layout",
 ]
 
+_IMG_EXTENSIONS = tuple(IMG_EXTENSIONS)  # what ImageFolder loads
 DOWNLOAD_COMMAND = "nac-download {name} --root {root}  (or: python -m nac_lightning.data.download {name} --root {root})"
 
 
@@ -286,9 +289,6 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
     def eval_transform(self) -> Callable:
         """DomainBed's eval transform (resize, to tensor, ImageNet normalization)."""
         return eval_transform(self.image_size)
-
-
-_IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class PACS(MultipleEnvironmentImageFolder):
