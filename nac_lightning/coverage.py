@@ -93,17 +93,32 @@ class NeuronCoverage(Metric):
         idx = (safe.double() * self.bins).floor().long().clamp_(0, self.bins - 1)
         return idx, valid
 
-    def update(self, states: Tensor) -> None:
-        """Add a ``(B, N)`` batch of states to the histograms: ``O(B * N)``, no host sync."""
+    def update(self, states: Tensor, mask: Tensor | None = None) -> None:
+        """Add a ``(B, N)`` batch of states to the histograms: ``O(B * N)``, no host sync.
+
+        Args:
+            states: ``(B, N)`` neuron states.
+            mask: optional ``(B,)`` bool; rows where it is False are ignored entirely (e.g.
+                misclassified samples). Masking here avoids the host sync of ``states[mask]``.
+        """
         self._check_states(states)
         states = states.detach()
         if states.numel() == 0:
             return
         idx, valid = self.bin_index(states)
+        if mask is not None:
+            if mask.shape != states.shape[:1]:
+                raise ValueError(
+                    f"mask must have shape (batch={states.shape[0]},); got {tuple(mask.shape)}."
+                )
+            keep = mask.to(device=states.device, dtype=torch.bool).unsqueeze(1)
+            self.invalid += (~valid & keep).sum()
+            valid = valid & keep
+        else:
+            self.invalid += (~valid).sum()
         # Flat index into counts.view(-1) (bin-major): bin * N + neuron.
         flat = (idx * self.num_neurons + self._neuron_offsets).reshape(-1)
         self.counts.view(-1).index_add_(0, flat, valid.reshape(-1).long())
-        self.invalid += (~valid).sum()
         vs = torch.where(valid, states, torch.zeros((), dtype=states.dtype, device=states.device))
         vs = vs.double()
         self.state_sum += vs.sum()

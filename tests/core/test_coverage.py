@@ -194,3 +194,19 @@ def test_bad_arguments():
         NeuronCoverage(3, r=0)
     with pytest.raises(ValueError, match=r"shape \(batch, num_neurons=3\)"):
         NeuronCoverage(3).update(torch.rand(4, 5))
+
+
+def test_mask_ignores_rows_without_host_indexing():
+    states = torch.rand(50, 6)
+    states[3, 2] = float("nan")  # an invalid state in a masked-out row is not counted as invalid
+    states[4, 1] = float("inf")  # ... but one in a kept row is
+    mask = torch.arange(50) % 2 == 0
+    mask[3] = False
+    masked = NeuronCoverage(6, bins=10, r=2)
+    masked.update(states, mask=mask)
+    direct = NeuronCoverage(6, bins=10, r=2)
+    direct.update(states[mask])
+    assert torch.equal(masked.counts, direct.counts)
+    assert int(masked.invalid) == 1 == int(direct.invalid)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        masked.update(states, mask=mask[:10])

@@ -1,0 +1,7 @@
+import pytest
+from callback_helpers import digits
+
+
+@pytest.fixture
+def data():
+    return digits()
