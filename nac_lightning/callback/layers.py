@@ -75,9 +75,25 @@ class Tap:
         self.outputs: dict[str, Tensor] = {}
         self._handles = [m.register_forward_hook(self._hook(n)) for n, m in modules.items()]
 
+    #: while set, only this tap records: a callback's own forward pass is not mistaken by the
+    #: other callbacks' taps for the validation step's forward.
+    _exclusive: Tap | None = None
+
+    @contextmanager
+    def exclusive(self) -> Iterator[Tap]:
+        """Record with this tap alone (and armed) inside the block."""
+        previous, Tap._exclusive = Tap._exclusive, self
+        armed, self.armed = self.armed, True
+        try:
+            yield self
+        finally:
+            Tap._exclusive, self.armed = previous, armed
+
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if not self.armed or name in self.outputs:
+                return
+            if Tap._exclusive is not None and Tap._exclusive is not self:
                 return
             out = _first_tensor(output)
             if out is None:
@@ -115,11 +131,11 @@ class Tap:
 def recording(
     modules: Mapping[str, nn.Module], keep_input: bool = False, differentiable: bool = False
 ) -> Iterator[Tap]:
-    """A temporary armed :class:`Tap`."""
+    """A temporary :class:`Tap`, recording exclusively."""
     tap = Tap(modules, keep_input=keep_input, differentiable=differentiable)
-    tap.armed = True
     try:
-        yield tap
+        with tap.exclusive():
+            yield tap
     finally:
         tap.remove()
 

@@ -44,6 +44,12 @@ def _as_indices(value: int | Sequence[int] | None, what: str) -> tuple[int, ...]
     return items
 
 
+def _batch_size(x: Any) -> int | None:
+    found: list[int] = []
+    apply_to_collection(x, Tensor, lambda t: found.append(t.shape[0]) if t.dim() else None)
+    return found[0] if found else None
+
+
 class NACMECallback(Callback):
     """Compute NAC-ME every validation run and log it for checkpoint selection.
 
@@ -348,6 +354,11 @@ class NACMECallback(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         self._batch_armed = self._active and dataloader_idx in self._watched
+        if self._batch_armed and self.fast is None:
+            # detect the head before the validation step runs, so its forward is captured
+            x, y = self.unpack(batch)
+            self._check_labels(y, dataloader_idx)
+            self._prepare(trainer, pl_module, x)
         if self._head_tap is not None:
             self._head_tap.clear()
             self._head_tap.armed = self._batch_armed
@@ -366,13 +377,7 @@ class NACMECallback(Callback):
         if self._head_tap is not None:
             self._head_tap.armed = False
         x, y = self.unpack(batch)
-        if self.correct_only and y is None and dataloader_idx in self.dataloader_idx:
-            raise ValueError(
-                "NACMECallback: correct_only=True needs labels, but the validation batch has "
-                "none. Return (x, y) batches, pass batch_unpacker=, or set correct_only=False."
-            )
-        if self.fast is None:
-            self._prepare(trainer, pl_module, x)
+        self._check_labels(y, dataloader_idx)
         if dataloader_idx in self.dataloader_idx and not self.fast:
             logits, states = self._general_states(trainer, pl_module, x)
         else:
@@ -394,6 +399,13 @@ class NACMECallback(Callback):
         if self._head_tap is not None:
             self._head_tap.clear()
 
+    def _check_labels(self, y: Tensor | None, dataloader_idx: int) -> None:
+        if self.correct_only and y is None and dataloader_idx in self.dataloader_idx:
+            raise ValueError(
+                "NACMECallback: correct_only=True needs labels, but the validation batch has "
+                "none. Return (x, y) batches, pass batch_unpacker=, or set correct_only=False."
+            )
+
     def _metric(self, layer: str, states: Tensor) -> NeuronCoverage:
         metric = self._metrics.get(layer)
         if metric is None or metric.num_neurons != states.shape[1]:
@@ -407,13 +419,12 @@ class NACMECallback(Callback):
         tap = self._head_tap
         if tap is None:  # general path without a logits Linear: plain forward for accuracy
             return None, self._forward(pl_module, x).detach()
-        if self.head_name not in tap.outputs:
-            tap.armed = True
-            try:
-                with torch.no_grad():
-                    self._forward(pl_module, x)
-            finally:
-                tap.armed = False
+        captured = tap.outputs.get(self.head_name)
+        n = _batch_size(x)
+        if captured is None or (n is not None and captured.shape[0] != n):
+            tap.clear()  # the step did not run the model on this batch: run it ourselves
+            with torch.no_grad(), tap.exclusive():
+                self._forward(pl_module, x)
         return tap.inputs.get(self.head_name), tap.outputs[self.head_name].detach()
 
     def _general_states(

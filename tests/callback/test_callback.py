@@ -266,3 +266,26 @@ def test_correct_only_false_counts_every_sample(tmp_path, data):
     ref, _ = reference_nac_me(model, data[1], ALPHA, BINS, R, correct_only=False)
     assert cb.history[0]["nac_me"] == pytest.approx(ref, abs=1e-6)
     assert cb.history[0]["n_samples"] == 300
+
+
+class CountingMLP(MLP):
+    """Counts full-batch forward passes (the callback's 4-sample detection pass excluded)."""
+
+    calls = 0
+
+    def forward(self, x):
+        if x.shape[0] > 4:
+            CountingMLP.calls += 1
+        return super().forward(x)
+
+
+def test_fast_path_adds_no_forward_pass(tmp_path, data):
+    model = CountingMLP()
+    cb = NACMECallback(alpha=ALPHA, bins=BINS, r=R, ood_dataloader_idx=[1])
+    t = trainer(tmp_path, [cb])
+    CountingMLP.calls = 0
+    t.validate(model, [loader(data[1]), loader(data[2])], verbose=False)
+    assert CountingMLP.calls == 10  # 5 batches x 2 loaders, the validation steps' own forwards
+    CountingMLP.calls = 0
+    t.validate(model, [loader(data[1]), loader(data[2])], verbose=False)
+    assert CountingMLP.calls == 10
