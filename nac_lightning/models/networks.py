@@ -16,6 +16,10 @@ RESNET_ARCHS = ("resnet18", "resnet50")
 ARCHS = (*RESNET_ARCHS, "mnist_cnn")
 
 
+class PretrainedWeightsError(RuntimeError):
+    """torchvision's pretrained weights could not be fetched (e.g. no internet)."""
+
+
 class ResNetFeaturizer(nn.Module):
     """A torchvision ResNet with its ``fc`` layer removed (DomainBed's ``ResNet`` featurizer).
 
@@ -51,7 +55,7 @@ class ResNetFeaturizer(nn.Module):
         try:
             network = builder(weights=weights)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
-            raise RuntimeError(
+            raise PretrainedWeightsError(
                 f"could not get torchvision's pretrained {arch} weights ({err}); without internet "
                 f"pass model.weights_path=/path/to/{os.path.basename(weights.url)} (torchvision's "
                 f"file) or set model.pretrained=false"
