@@ -76,6 +76,8 @@ class NeuronCoverage(Metric):
             "state_sq_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum"
         )
         self.register_buffer("_neuron_offsets", torch.arange(num_neurons), persistent=False)
+        # diagnostics of the state compute() saw (under DDP: summed across ranks)
+        self._computed_diagnostics: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ histogram
     def _check_states(self, states: Tensor) -> None:
@@ -102,6 +104,7 @@ class NeuronCoverage(Metric):
                 misclassified samples). Masking here avoids the host sync of ``states[mask]``.
         """
         self._check_states(states)
+        self._computed_diagnostics = None
         states = states.detach()
         if states.numel() == 0:
             return
@@ -133,7 +136,9 @@ class NeuronCoverage(Metric):
         """NAC-ME: mean over neurons and bins of the coverage, a scalar in [0, 1].
 
         NaN (with a warning) when no valid state was seen: 0 would look like a real score.
+        Also records :meth:`diagnostics` of the state it scored (synced across DDP ranks).
         """
+        self._computed_diagnostics = self._diagnostics_of_state()
         n_invalid = int(self.invalid)
         if n_invalid:
             warnings.warn(
@@ -175,8 +180,27 @@ class NeuronCoverage(Metric):
         ``state_mean`` / ``state_std`` (over all valid states),
         ``n_samples`` (states counted per neuron, on average) and ``invalid`` (states dropped).
 
-        Reads the accumulated (and, under DDP, synced) state; call it after ``compute()``.
+        After ``compute()`` (and until the next ``update``/``reset``) these describe the state
+        ``compute()`` scored, which under DDP is the histograms summed over all ranks (torchmetrics
+        restores each rank's local state after ``compute()``). Before any ``compute()`` they
+        describe this process's local state.
         """
+        if self._computed_diagnostics is not None and getattr(self, "_computed", None) is not None:
+            return dict(self._computed_diagnostics)
+        return self._diagnostics_of_state()
+
+    def reset(self) -> None:
+        """Clear the histograms (and the diagnostics recorded by ``compute()``)."""
+        super().reset()
+        self._computed_diagnostics = None
+
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add another metric's (or state dict's) histograms to this one's."""
+        super().merge_state(incoming_state)
+        self._computed_diagnostics = None
+        self._computed = None  # torchmetrics keeps a stale compute() cache otherwise
+
+    def _diagnostics_of_state(self) -> dict[str, float]:
         counts = self.counts
         total = counts.sum().item()
         n = total / max(self.num_neurons, 1)
