@@ -123,7 +123,9 @@ def neuron_states(activations: Tensor, grads: Tensor, alpha: float) -> Tensor:
 
     Returns:
         ``(B, N)`` float32 (or float64) states in [0, 1]. ``z`` and ``g`` are sum-pooled
-        separately before the product, as in the official code.
+        separately before the product, as in the official code. Where the pooled ``z`` or
+        ``g`` is NaN or infinite the state is NaN (``sigmoid`` would turn an infinite product
+        into a plausible 0 or 1), so :class:`~nac_lightning.NeuronCoverage` counts and skips it.
     """
     if activations.shape != grads.shape:
         raise ValueError(
@@ -133,4 +135,5 @@ def neuron_states(activations: Tensor, grads: Tensor, alpha: float) -> Tensor:
     dtype = torch.promote_types(activations.dtype, torch.float32)
     z = pool_neurons(activations.detach().to(dtype))
     g = pool_neurons(grads.detach().to(dtype))
-    return torch.sigmoid(alpha * z * g)
+    states = torch.sigmoid(alpha * z * g)
+    return states.masked_fill(~(torch.isfinite(z) & torch.isfinite(g)), float("nan"))
