@@ -147,14 +147,19 @@ def find_logits_linear(
 
     ``recorded`` maps Linear names to their outputs in one forward pass; ``order`` lists the
     names in call order. A layer matches if its output is the logits tensor itself or equal to
-    it. The last-called match comes last.
+    it (NaNs in the same places count as equal). The last-called match comes last.
     """
     out = []
     for name in order:
         o = recorded.get(name)
         if o is None:
             continue
-        same = o is logits or (o.shape == logits.shape and torch.equal(o.detach(), logits.detach()))
+        same = o is logits or (
+            o.shape == logits.shape
+            and o.dtype == logits.dtype
+            # NaN-aware equality: a first batch with NaN logits must still find the head
+            and torch.allclose(o.detach(), logits.detach(), rtol=0.0, atol=0.0, equal_nan=True)
+        )
         if same:
             out.append(name)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -100,18 +101,27 @@ class NACMECallback(Callback):
             ``<name>_report.json`` (end of fit). Default: the trainer's log dir.
 
     Logged each validation run (not during the sanity check): ``name``, and under ``name/``:
-    ``occupied_bins``, ``saturated``, ``state_std``, ``n_samples``, ``val_acc``, ``ood_acc``
-    (and ``<layer>`` per layer when several). ``history`` keeps one dict per validation and is
+    ``occupied_bins``, ``saturated``, ``state_std``, ``n_samples``, ``nonfinite``, ``val_acc``,
+    ``ood_acc`` (and ``<layer>`` per layer when several). ``history`` keeps one dict per validation and is
     saved in the callback's ``state_dict`` (a resumed run keeps it). At the end of fit,
     ``report`` holds the Spearman/Pearson/Kendall correlations of NAC-ME and validation
     accuracy with OOD accuracy and the OOD accuracy each criterion selects (plus oracle and
     last); it is logged to every logger (W&B also gets a table and a scatter plot).
 
-    DDP: histograms and accuracy counts are summed across ranks before the score, so every
-    rank logs the same value. ``DistributedSampler`` pads the validation set with repeated
-    samples so every rank gets as many; those repeats are counted too. Use a validation set
-    whose size is divisible by the world size (or ``use_distributed_sampler=False`` with your
-    own sharding) for an exact match with a single-process run.
+    Faults: a sample with NaN/Inf logits counts as misclassified, and a sample with NaN/Inf
+    logits or activation states is left out of NAC-ME; their number is logged as
+    ``<name>/nonfinite`` with a warning. With no sample left (none classified correctly, all
+    non-finite, or an empty in-domain loader) NAC-ME is NaN, never 0, with a warning.
+    ``ModelCheckpoint(mode="max")`` never prefers a NaN to a finite score. ``EarlyStopping``
+    stops at the first NaN by default; pass ``check_finite=False`` to count a NaN validation
+    as no improvement instead.
+
+    DDP: histograms, diagnostics and accuracy counts are summed across ranks before the score,
+    so every rank logs the same value. ``DistributedSampler`` pads the validation set with
+    repeated samples so every rank gets as many; those repeats are counted too. Use a
+    validation set whose size is divisible by the world size (or
+    ``use_distributed_sampler=False`` with your own sharding that gives every rank at least
+    one in-domain batch) for an exact match with a single-process run.
     """
 
     def __init__(
@@ -181,6 +191,10 @@ class NACMECallback(Callback):
         self._head_tap: Tap | None = None
         self._metrics: dict[str, NeuronCoverage] = {}
         self._acc: dict[int, list[Tensor]] = {}
+        # in-domain samples [seen, excluded for non-finite logits/states] this validation run
+        self._seen: Tensor | None = None
+        self._nonfinite: Tensor | None = None
+        self._check_pending = False  # closed form not yet checked (no finite sample so far)
         self._active = False
         self._batch_armed = False
         self._warned_degenerate = False
@@ -216,6 +230,7 @@ class NACMECallback(Callback):
         self._head = None
         self.head_name = None
         self.fast = None
+        self._check_pending = False
         self._metrics = {}
 
     # ----------------------------------------------------------------- helpers
@@ -297,13 +312,21 @@ class NACMECallback(Callback):
             else:
                 self.head_name, self.fast = (matches[-1] if matches else None), False
             if self.fast:
-                self._verify_closed_form(rec, logits, linears[self.head_name])
+                self._check_pending = not self._check_closed_form(
+                    rec.inputs.get(self.head_name),
+                    rec.outputs[self.head_name],
+                    logits,
+                    linears[self.head_name],
+                )
         if self.head_name is not None:
             self._head = linears[self.head_name]
             self._head_tap = Tap({self.head_name: self._head}, keep_input=True)
 
-    def _verify_closed_form(self, rec: Tap, logits: Tensor, head: nn.Linear) -> None:
-        z = rec.inputs.get(self.head_name)
+    def _check_closed_form(
+        self, z: Tensor | None, head_out: Tensor, logits: Tensor, head: nn.Linear
+    ) -> bool:
+        """Compare the closed-form gradient with autograd on the samples whose values are all
+        finite. False when there was none (a NaN/Inf batch): check again on a later batch."""
         if z is None or z.dim() != 2:
             shape = None if z is None else tuple(z.shape)
             raise ValueError(
@@ -312,9 +335,17 @@ class NACMECallback(Callback):
                 "(general path), e.g. layer='featurizer'."
             )
         if not z.requires_grad:
-            return  # frozen features: the head's output is the logits, checked by equality
+            return True  # frozen features: the head's output is the logits, checked by equality
         g_auto = kl_uniform_grad_autograd(logits, z).float()
-        g_closed = kl_uniform_grad(rec.outputs[self.head_name], head.weight).float()
+        g_closed = kl_uniform_grad(head_out, head.weight).float()
+        finite = (
+            torch.isfinite(g_auto).all(1)
+            & torch.isfinite(g_closed).all(1)
+            & torch.isfinite(logits).all(1)
+        )
+        if not bool(finite.any()):
+            return False
+        g_auto, g_closed = g_auto[finite], g_closed[finite]
         tol = 1e-2 if logits.dtype in (torch.float16, torch.bfloat16) else 1e-4
         if not torch.allclose(g_closed, g_auto, rtol=tol, atol=tol * g_auto.abs().max().item()):
             raise RuntimeError(
@@ -322,6 +353,18 @@ class NACMECallback(Callback):
                 "autograd (max abs diff "
                 f"{(g_closed - g_auto).abs().max().item():.3g}): the hooked layer's output is not "
                 "the model's logits. Name the layer explicitly (general path)."
+            )
+        return True
+
+    def _check_closed_form_on(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Any
+    ) -> None:
+        """The deferred check, on a whole batch (only until one finite sample was seen)."""
+        head = {self.head_name: self._head}
+        with self._grad_mode(trainer), recording(head, keep_input=True) as rec:
+            logits = self._forward(pl_module, self._fresh(x))
+            self._check_pending = not self._check_closed_form(
+                rec.inputs.get(self.head_name), rec.outputs[self.head_name], logits, self._head
             )
 
     # ----------------------------------------------------------------- per-run state
@@ -344,6 +387,8 @@ class NACMECallback(Callback):
             i: [torch.zeros((), dtype=torch.long, device=device) for _ in range(2)]
             for i in self._watched
         }
+        self._seen = torch.zeros((), dtype=torch.long, device=device)
+        self._nonfinite = torch.zeros((), dtype=torch.long, device=device)
 
     def on_validation_batch_start(
         self,
@@ -378,6 +423,8 @@ class NACMECallback(Callback):
             self._head_tap.armed = False
         x, y = self.unpack(batch)
         self._check_labels(y, dataloader_idx)
+        if self._check_pending and dataloader_idx in self.dataloader_idx:
+            self._check_closed_form_on(trainer, pl_module, x)
         if dataloader_idx in self.dataloader_idx and not self.fast:
             logits, states = self._general_states(trainer, pl_module, x)
         else:
@@ -387,13 +434,20 @@ class NACMECallback(Callback):
                 g = kl_uniform_grad(logits, self._head.weight)
                 states = {self.head_name: neuron_states(z, g, self.alpha)}
         labels = self._labels(y, logits)
-        correct = None if labels is None else logits.argmax(dim=1) == labels
+        # NaN/Inf logits count as misclassified (argmax would pick a NaN) and, like non-finite
+        # states, exclude the sample from NAC; they are counted and reported at epoch end.
+        finite = torch.isfinite(logits).all(dim=1)
+        correct = None if labels is None else (logits.argmax(dim=1) == labels) & finite
         if dataloader_idx in self._acc and correct is not None:
             counts = self._acc[dataloader_idx]
             counts[0] += correct.sum()
             counts[1] += correct.numel()
         if states is not None:
-            mask = correct if self.correct_only else None
+            for s in states.values():
+                finite = finite & torch.isfinite(s).all(dim=1)
+            self._seen += finite.numel()
+            self._nonfinite += finite.numel() - finite.sum()
+            mask = correct & finite if self.correct_only else finite
             for layer, s in states.items():
                 self._metric(layer, s).update(s, mask=mask)
         if self._head_tap is not None:
@@ -467,7 +521,9 @@ class NACMECallback(Callback):
             if metric is None:
                 values[layer] = math.nan
                 continue
-            values[layer] = float(metric.compute())  # sums the histograms across ranks
+            with warnings.catch_warnings():  # the callback reports these with more context
+                warnings.filterwarnings("ignore", "NeuronCoverage", RuntimeWarning)
+                values[layer] = float(metric.compute())  # sums the histograms across ranks
             d = metric.diagnostics()
             diags.append(d)
             if not self._warned_degenerate:
@@ -476,10 +532,34 @@ class NACMECallback(Callback):
                     self._warned_degenerate = True
                     rank_zero_warn(f"NACMECallback({self.name!r}): " + " ".join(reasons))
         nac = sum(values.values()) / len(values) if values else math.nan
+        seen, nonfinite = (
+            int(trainer.strategy.reduce(t, reduce_op="sum").item())
+            for t in (self._seen, self._nonfinite)
+        )
+        where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        if nonfinite:
+            rank_zero_warn(
+                f"NACMECallback({self.name!r}): {nonfinite} of {seen} in-domain validation "
+                f"samples had NaN/Inf logits or activation states ({where}); they are excluded "
+                f"from {self.name} and count as misclassified (logged as {self.name}/nonfinite)."
+            )
         if not diags:
             rank_zero_warn(
                 f"NACMECallback({self.name!r}): no in-domain validation data reached the callback "
                 f"(dataloaders {list(self.dataloader_idx)} empty?); {self.name} is NaN."
+            )
+        elif math.isnan(nac):
+            if nonfinite >= seen:
+                why = f"all {seen} in-domain validation samples had NaN/Inf values"
+            else:
+                why = (
+                    f"none of the {seen} in-domain validation samples was classified correctly "
+                    f"(correct_only=True; {nonfinite} had NaN/Inf values)"
+                )
+            rank_zero_warn(
+                f"NACMECallback({self.name!r}): {why} ({where}), so {self.name} is NaN for this "
+                "validation, not 0. ModelCheckpoint(mode='max') ranks NaN below every finite "
+                "score; EarlyStopping stops on NaN unless check_finite=False."
             )
         entry: dict[str, Any] = {
             "epoch": trainer.current_epoch,
@@ -496,6 +576,7 @@ class NACMECallback(Callback):
             entry.update({f"nac_me/{k}": v for k, v in values.items()})
         for key in ("occupied_bins", "saturated", "state_std", "n_samples"):
             entry[key] = sum(d[key] for d in diags) / len(diags) if diags else math.nan
+        entry["nonfinite"] = nonfinite
 
         logged = {self.name: nac}
         for key, value in entry.items():
@@ -520,6 +601,19 @@ class NACMECallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # resumed from a checkpoint: entries after it belong to a run that is being redone
         self.history = [h for h in self.history if h["global_step"] <= trainer.global_step]
+        batches = list(trainer.num_val_batches)  # [] when validation is off
+        if batches and all(i < len(batches) and batches[i] == 0 for i in self.dataloader_idx):
+            consequence = (
+                f"Lightning skips validation altogether, so {self.name} is never logged and "
+                f"ModelCheckpoint/EarlyStopping(monitor={self.name!r}) cannot select on it"
+                if sum(batches) == 0
+                else f"{self.name} will be NaN at every validation"
+            )
+            rank_zero_warn(
+                f"NACMECallback({self.name!r}): the in-domain validation dataloader(s) "
+                f"{list(self.dataloader_idx)} are empty: {consequence}. Check the validation "
+                "split."
+            )
 
     def compute_report(self) -> dict[str, Any]:
         """Correlations with OOD accuracy and the OOD accuracy each criterion selects."""

@@ -68,7 +68,11 @@ class MLP(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         x, y = batch
-        acc = (self(x).argmax(1) == y).float().mean()
+        out = self(x)  # subclasses may return (logits, ...) or {"logits": ...}
+        logits = (
+            out[0] if isinstance(out, tuple) else out["logits"] if isinstance(out, dict) else out
+        )
+        acc = (logits.argmax(1) == y).float().mean()
         self.log("acc", acc, add_dataloader_idx=True, batch_size=len(y))
 
     def configure_optimizers(self):
@@ -140,9 +144,38 @@ class RankRecorder(Callback):
         self.rows.append(row)
 
     def on_fit_end(self, trainer, pl_module):
-        histories = {
-            c.name: c.history for c in trainer.callbacks if isinstance(c, NACMECallback)
-        }
+        histories = {c.name: c.history for c in trainer.callbacks if isinstance(c, NACMECallback)}
         path = os.path.join(self.out, f"rank{trainer.global_rank}.json")
         with open(path, "w") as f:
             json.dump({"rows": self.rows, "histories": histories}, f)
+
+
+class Faulty(MLP):
+    """An MLP whose validation forward passes can be poisoned, to simulate numerical faults.
+
+    ``where="features"`` writes ``value`` into the head's input (penultimate features),
+    ``where="logits"`` into the head's output, for the first ``rows`` samples of every
+    validation batch (``rows=None``: all of them), at the epochs in ``epochs``
+    (``None``: every epoch). Training is never poisoned.
+    """
+
+    def __init__(self, where="features", value=math.nan, rows=4, epochs=None, **kw):
+        super().__init__(**kw)
+        self.where, self.value, self.rows = where, value, rows
+        self.epochs = None if epochs is None else set(epochs)
+        (self.body if where == "features" else self.head).register_forward_hook(self._poison)
+
+    def poisoned(self) -> bool:
+        t = self._trainer
+        return (
+            t is not None
+            and t.validating
+            and (self.epochs is None or t.current_epoch in self.epochs)
+        )
+
+    def _poison(self, module, args, out):
+        if not self.poisoned():
+            return None
+        out = out.clone()
+        out[: self.rows if self.rows is not None else len(out)] = self.value
+        return out

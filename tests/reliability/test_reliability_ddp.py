@@ -144,7 +144,10 @@ def test_ddp_matches_single_process_and_padding_is_counted(tmp_path, monkeypatch
     assert first_correct == 1  # sample 0 is classified correctly, so it is counted twice
     assert last["nac_pad/val_acc"] == pytest.approx((exact["n_samples"] + 1) / 252, abs=1e-6)
     # the single process counts each sample once
-    assert single["rows"][-1]["nac_pad/n_samples"] == reference(single_model, x, y, alpha=ALPHA)["n_samples"]
+    assert (
+        single["rows"][-1]["nac_pad/n_samples"]
+        == reference(single_model, x, y, alpha=ALPHA)["n_samples"]
+    )
     print(
         f"padding: n_samples {exact['n_samples']} -> {with_pad['n_samples']}, "
         f"val_acc {exact['val_acc']:.5f} -> {with_pad['val_acc']:.5f}, "
