@@ -108,8 +108,11 @@ def test_ddp_matches_single_process_and_padding_is_counted(tmp_path, monkeypatch
         assert d["nac_me/occupied_bins"] == pytest.approx(s["nac_me/occupied_bins"], abs=1e-4)
         assert d["nac_me/state_std"] == pytest.approx(s["nac_me/state_std"], rel=1e-4)
     hist_d, hist_s = ranks[0]["histories"]["nac_me"], single["histories"]["nac_me"]
-    assert [h["global_step"] for h in hist_d] == [h["global_step"] for h in hist_s]
-    assert [h["nac_me"] for h in hist_d] == pytest.approx([h["nac_me"] for h in hist_s], abs=1e-6)
+    for d, s in zip(hist_d, hist_s, strict=True):  # the callback's history, entry by entry
+        assert d.keys() == s.keys()
+        assert (d["epoch"], d["global_step"]) == (s["epoch"], s["global_step"])
+        for key in ("nac_me", "val_acc", "n_samples", "saturated", "nonfinite"):
+            assert d[key] == pytest.approx(s[key], abs=1e-6), (d["epoch"], key)
     assert len({round(h["nac_me"], 6) for h in hist_s}) == EPOCHS  # no ties: selection is unique
 
     # ModelCheckpoint(monitor="nac_me") keeps the same epoch, with the same weights and score
