@@ -89,6 +89,17 @@ def resolved_args(cfg: DictConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- building
+def check_length(cfg: DictConfig) -> None:
+    """Refuse a training length that leaves no validation, hence nothing to select."""
+    steps, every = cfg.trainer.get("max_steps"), cfg.trainer.get("val_check_interval")
+    if isinstance(steps, int) and isinstance(every, int) and 0 <= steps < every:
+        raise UserError(
+            f"trainer.val_check_interval={every} is larger than trainer.max_steps={steps}: no "
+            f"validation would run, so there would be no checkpoint to select; lower "
+            f"trainer.val_check_interval"
+        )
+
+
 def build_datamodule(cfg: DictConfig) -> DomainBedDataModule:
     """Instantiate ``cfg.dataset`` and set it up now, so missing data fails before training."""
     with user_errors(f"dataset '{cfg.dataset.get('dataset')}'"):
@@ -277,6 +288,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     register_resolvers()
     output_dir = cfg.paths.output_dir
+    check_length(cfg)
     dm = build_datamodule(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = build_model(cfg, dm)
@@ -342,6 +354,25 @@ def _finish_wandb(loggers: list[Logger]) -> None:
             wandb.finish()
 
 
+def check_group_choices(argv: list[str], config_dir: str = CONFIG_DIR) -> str | None:
+    """One-line message for a command-line ``group=option`` naming an option that does not exist
+    (e.g. ``dataset=imagenet``), else ``None``. Hydra's own message spans many lines."""
+    for arg in argv:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue
+        group, value = arg.split("=", 1)
+        folder = os.path.join(config_dir, group)
+        if "." in group or not os.path.isdir(folder):
+            continue
+        if any(c in value for c in "[]()${}*") or value in ("", "null"):
+            continue  # lists, sweeps functions, interpolations: left to Hydra
+        options = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+        unknown = [v for v in value.split(",") if v not in options]
+        if unknown:
+            return f"unknown {group} {unknown[0]!r}; choose one of: {', '.join(options)}"
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra entry point: :func:`run`, with bad input reported as one line (exit status 2)."""
@@ -353,4 +384,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
+    problem = check_group_choices(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        sys.exit(2)
     main()

@@ -151,7 +151,13 @@ class ERMModule(pl.LightningModule):
             if idx:
                 metrics[key] = sum(accs[i] for i in idx) / len(idx)
         for key, value in metrics.items():
-            self.log(key, value, prog_bar=key in ("val_acc", "ood_acc"), add_dataloader_idx=False)
+            self.log(
+                key,
+                value,
+                prog_bar=key in ("val_acc", "ood_acc"),
+                add_dataloader_idx=False,
+                sync_dist=True,  # already reduced: identical on every rank, silences the warning
+            )
 
     def on_test_epoch_start(self) -> None:  # noqa: D102
         self._reset_counts(len(self.trainer.num_test_batches))
@@ -165,5 +171,6 @@ class ERMModule(pl.LightningModule):
         accs = self._accuracies()
         names = self._names("test_dataloader_names", "test", len(self.trainer.num_test_batches))
         for name, acc in zip(names, accs):
-            self.log(f"{self.test_prefix}{name}_acc", acc, add_dataloader_idx=False)
-        self.log(f"{self.test_prefix}acc", sum(accs) / len(accs), add_dataloader_idx=False)
+            self.log(f"{self.test_prefix}{name}_acc", acc, add_dataloader_idx=False, sync_dist=True)
+        mean = sum(accs) / len(accs)
+        self.log(f"{self.test_prefix}acc", mean, add_dataloader_idx=False, sync_dist=True)

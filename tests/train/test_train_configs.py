@@ -171,3 +171,14 @@ def test_hparams_follow_overrides(compose_cfg):
     cfg = compose_cfg(["model.lr=0.5", "dataset.batch_size=3"])
     assert cfg.hparams.lr == 0.5 and cfg.hparams.batch_size == 3
     assert cfg.hparams.arch == "mnist_cnn"
+
+
+def test_unknown_group_option_is_one_line(train_script):
+    check = train_script.check_group_choices
+    assert check(["dataset=pacs", "model=resnet18", "trainer.max_steps=3"]) is None
+    assert (
+        check(["-m", "dataset=pacs,vlcs", "logger=[csv,wandb]", "+extra_nac.x={alpha: 1}"]) is None
+    )
+    assert check(["hydra/launcher=submitit_slurm", "experiment=none"]) is None
+    assert check(["trainer=tpu"]) == "unknown trainer 'tpu'; choose one of: cpu, ddp, default, gpu"
+    assert check(["-m", "dataset=pacs,imagenet"]).startswith("unknown dataset 'imagenet'")
