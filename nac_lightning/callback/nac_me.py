@@ -99,6 +99,7 @@ class NACMECallback(Callback):
             autograd on the fast path.
         save_dir: where to write ``<name>_history.json`` (after every validation) and
             ``<name>_report.json`` (end of fit). Default: the trainer's log dir.
+        prog_bar: show ``name`` in the progress bar (turn off for extra callbacks of a grid).
 
     Logged each validation run (not during the sanity check): ``name``, and under ``name/``:
     ``occupied_bins``, ``saturated``, ``state_std``, ``n_samples``, ``nonfinite``, ``val_acc``,
@@ -140,6 +141,7 @@ class NACMECallback(Callback):
         forward_fn: Callable[[pl.LightningModule, Any], Any] | None = None,
         verify_samples: int = 4,
         save_dir: str | None = None,
+        prog_bar: bool = True,
     ) -> None:
         super().__init__()
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
@@ -181,6 +183,7 @@ class NACMECallback(Callback):
         self.forward_fn = forward_fn
         self.verify_samples = max(1, int(verify_samples))
         self.save_dir = save_dir
+        self.prog_bar = prog_bar
 
         self.history: list[dict[str, Any]] = []
         self.report: dict[str, Any] | None = None
@@ -587,7 +590,7 @@ class NACMECallback(Callback):
             pl_module.log(
                 key,
                 torch.tensor(value, dtype=torch.float32, device=pl_module.device),
-                prog_bar=key == self.name,
+                prog_bar=self.prog_bar and key == self.name,
                 on_step=False,
                 on_epoch=True,
                 batch_size=1,

@@ -174,7 +174,9 @@ def test_hparams_follow_overrides(compose_cfg):
 
 
 def test_unknown_group_option_is_one_line(train_script):
-    check = train_script.check_group_choices
+    def check(argv):
+        return train_script.check_group_choices(argv, str(CONF))
+
     assert check(["dataset=pacs", "model=resnet18", "trainer.max_steps=3"]) is None
     assert (
         check(["-m", "dataset=pacs,vlcs", "logger=[csv,wandb]", "+extra_nac.x={alpha: 1}"]) is None
@@ -182,3 +184,23 @@ def test_unknown_group_option_is_one_line(train_script):
     assert check(["hydra/launcher=submitit_slurm", "experiment=none"]) is None
     assert check(["trainer=tpu"]) == "unknown trainer 'tpu'; choose one of: cpu, ddp, default, gpu"
     assert check(["-m", "dataset=pacs,imagenet"]).startswith("unknown dataset 'imagenet'")
+
+
+@pytest.mark.parametrize("dataset", ["pacs", "vlcs", "office_home", "terra_incognita"])
+def test_data_root_alias(compose_cfg, dataset):
+    """`data.root=DIR` (the README's spelling) and `dataset.root=DIR` both set the data root."""
+    assert compose_cfg([f"dataset={dataset}", "data.root=/data/x"]).dataset.root == "/data/x"
+    assert compose_cfg([f"dataset={dataset}", "dataset.root=/data/y"]).dataset.root == "/data/y"
+
+
+def test_grid_scores_stay_off_the_progress_bar(compose_cfg, train_script):
+    from nac_lightning import NACMECallback
+
+    cfg = compose_cfg(["nac_grid.alpha=[1,10]", "nac_grid.r=[5]"])
+    dm = train_script.build_datamodule(cfg)
+    nac = [c for c in train_script.build_callbacks(cfg, dm) if isinstance(c, NACMECallback)]
+    assert [(c.name, c.prog_bar) for c in nac] == [
+        ("nac_me", True),
+        ("nac_me_a1_r5", False),
+        ("nac_me_a10_r5", False),
+    ]
