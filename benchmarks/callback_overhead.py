@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 import warnings
 
@@ -92,6 +93,7 @@ def main() -> None:
             callbacks=callbacks,
             enable_progress_bar=False,
             enable_model_summary=False,
+            default_root_dir=tempfile.mkdtemp(),  # the callback writes its history there
             precision=args.precision,
         )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import warnings
 
 import lightning.pytorch as pl
@@ -37,6 +38,7 @@ def nac(model, loader, accelerator, layer=None, precision="32-true"):
         precision=precision,
         enable_progress_bar=False,
         enable_model_summary=False,
+        default_root_dir=tempfile.mkdtemp(),  # the callback writes its history there
     ).validate(model, loader, verbose=False)
     return cb.history[-1]["nac_me"]
 
