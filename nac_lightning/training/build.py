@@ -144,7 +144,9 @@ def build_callbacks(cfg: DictConfig, dm: DomainBedDataModule) -> list[Callback]:
                 names.add(name)
             if issubclass(cls, ResultsWriter):  # args hold `_target_`s: never instantiate them
                 kwargs = {k: v for k, v in spec.items() if not k.startswith("_")}
-                callbacks.append(cls(**kwargs, args=resolved_args(cfg)))
+                # environment names let the report label its columns (e.g. "photo", "45")
+                args = {**resolved_args(cfg), "environments": list(dm.environments)}
+                callbacks.append(cls(**kwargs, args=args))
             else:
                 callbacks.append(hydra.utils.instantiate(spec, _convert_="all"))
     return callbacks

@@ -31,6 +31,7 @@ def _assert_run_outputs(run_dir, steps, dataset, test_envs):
         for key in ("val_acc", "ood_acc", "oracle_acc", f"env{test_envs[0]}_in_acc"):
             assert 0.0 <= r[key] <= 1.0
         assert len(r["hparams_id"]) == 32 and r["args"]["dataset"]["dataset"] == dataset
+        assert len(r["args"]["environments"]) >= 4  # names for the report's columns
     names = _checkpoints(run_dir)
     assert "last.ckpt" in names
     assert any(n.startswith("nac_me-step") for n in names)
