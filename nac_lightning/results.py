@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,25 +12,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-__all__ = ["ResultsWriter", "hparams_id", "json_safe", "read_results"]
+from nac_lightning.serialization import json_safe
 
-
-def json_safe(value: Any) -> Any:
-    """Return ``value`` as plain JSON data: tensors and numpy scalars become numbers, non-finite
-    floats become ``None``, tuples become lists, mapping keys become strings."""
-    if isinstance(value, torch.Tensor):
-        value = value.item() if value.numel() == 1 else value.tolist()
-    elif hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalar / 0-d array
-        value = value.item() if getattr(value, "ndim", 0) == 0 else value.tolist()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, Sequence | set):
-        return [json_safe(v) for v in value]
-    return str(value)
+__all__ = ["ResultsWriter", "hparams_id", "json_safe", "read_results"]  # json_safe re-exported
 
 
 def hparams_id(hparams: Mapping[str, Any]) -> str:

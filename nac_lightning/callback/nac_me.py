@@ -24,9 +24,10 @@ from nac_lightning.callback.layers import (
     recording,
     resolve_module,
 )
-from nac_lightning.callback.reporting import log_report, write_json_atomic
+from nac_lightning.callback.reporting import log_report
 from nac_lightning.coverage import NeuronCoverage
 from nac_lightning.selection import compare_selections
+from nac_lightning.serialization import write_json_atomic
 from nac_lightning.states import kl_uniform_grad, kl_uniform_grad_autograd, neuron_states
 
 __all__ = ["NACMECallback"]

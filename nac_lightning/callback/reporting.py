@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-__all__ = ["json_safe", "write_json_atomic", "flatten_report", "log_report", "HISTORY_COLUMNS"]
+from nac_lightning.serialization import json_safe
 
-
-def json_safe(value: Any) -> Any:
-    """Turn non-finite floats into ``None`` (JSON has no NaN) recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file, so a crash never leaves a
-    half-written file behind."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(json_safe(obj), f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+__all__ = ["flatten_report", "log_report", "HISTORY_COLUMNS"]
 
 
 def flatten_report(report: Mapping[str, Any], prefix: str) -> dict[str, float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,18 +12,9 @@ from typing import Any
 from nac_lightning.report.records import ReportError, Run, load_runs
 from nac_lightning.report.summary import DatasetSummary, resolve_criteria, summarize
 from nac_lightning.report.tables import NOTES, latex_report, markdown_report
+from nac_lightning.serialization import json_safe
 
 __all__ = ["build_report", "summary_json", "main"]
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def _run_json(run: Run) -> dict[str, Any]:
@@ -70,7 +60,7 @@ def summary_json(
                 "choices": s.choices,
             }
         )
-    return _clean(
+    return json_safe(
         {
             "criteria": list(criteria),
             "correlation": correlation,
