@@ -161,7 +161,9 @@ def main(argv=None) -> None:
     print(f"\nchosen on env {args.tune_env}: {chosen} {cfgs[chosen]}")
 
     report_runs = [str(run.path) for run in runs if run.test_envs[0] != args.tune_env]
-    build_report(report_runs, out=str(out / "report"), criteria=[chosen], figures=True)
+    build_report(
+        report_runs, out=str(out / "report"), criteria=[chosen], figures=True, figure_key=chosen
+    )
 
 
 if __name__ == "__main__":

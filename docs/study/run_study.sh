@@ -17,4 +17,4 @@ wait
 python docs/study/analyze.py "$out" --tune-env 0 --out docs/study
 chosen=$(python -c "import json; print(json.load(open('docs/study/tuning.json'))['chosen'])")
 # all six test domains (the tuning domain included), for the figures and the full picture
-python -m nac_lightning.report "$out" --out docs/study/report_all --criteria "$chosen"
+python -m nac_lightning.report "$out" --out docs/study/report_all --criteria "$chosen" --figure-key "$chosen"

@@ -79,6 +79,7 @@ def build_report(
     correlation: str = "spearman",
     digits: int = 1,
     figures: bool = True,
+    figure_key: str = "nac_me",
 ) -> dict[str, Any]:
     """Load the runs under ``paths`` and build the report; write it under ``out`` if given.
 
@@ -108,7 +109,7 @@ def build_report(
         if figures:
             from nac_lightning.report.figures import write_figures
 
-            files.extend(write_figures(summaries, out / "figures"))
+            files.extend(write_figures(summaries, out / "figures", key=figure_key))
     return {"markdown": markdown, "latex": tex, "summary": summary, "files": files}
 
 
@@ -145,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--digits", type=int, default=1, help="decimals in the tables")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    parser.add_argument(
+        "--figure-key",
+        default="nac_me",
+        metavar="KEY",
+        help="the NAC-ME criterion the figures plot (default nac_me), e.g. nac_me_a10_r20",
+    )
     return parser
 
 
@@ -162,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.correlation,
             args.digits,
             not args.no_figures,
+            args.figure_key,
         )
     except ReportError as err:
         print(f"nac-report: error: {err}", file=sys.stderr)

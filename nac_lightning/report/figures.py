@@ -119,8 +119,13 @@ def curves_figure(runs: Sequence[Run], title: str, path: Path, key: str = "nac_m
     return drawn
 
 
-def write_figures(summaries: Sequence[DatasetSummary], out_dir: Path) -> list[Path]:
-    """Write a scatter and a curves PNG per dataset and test domain; return the paths."""
+def write_figures(
+    summaries: Sequence[DatasetSummary], out_dir: Path, key: str = "nac_me"
+) -> list[Path]:
+    """Write a scatter and a curves PNG per dataset and test domain; return the paths.
+
+    ``key`` is the NAC-ME criterion plotted (e.g. a tuned grid entry such as ``nac_me_a10_r20``).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for summary in summaries:
@@ -130,10 +135,10 @@ def write_figures(summaries: Sequence[DatasetSummary], out_dir: Path) -> list[Pa
             domain = domain_label(envs, names)
             stem = f"{safe_name(summary.dataset)}_{safe_name(domain)}"
             title = f"{summary.dataset}, test domain {domain}"
-            scatter = out_dir / f"{stem}_nac_me_vs_ood.png"
-            if scatter_figure(runs, title, scatter):
+            scatter = out_dir / f"{stem}_{safe_name(key)}_vs_ood.png"
+            if scatter_figure(runs, title, scatter, key=key):
                 written.append(scatter)
             curves = out_dir / f"{stem}_curves.png"
-            if curves_figure(runs, title, curves):
+            if curves_figure(runs, title, curves, key=key):
                 written.append(curves)
     return written

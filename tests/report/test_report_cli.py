@@ -98,3 +98,13 @@ def test_python_dash_m_entry_point(tmp_path):
     failed = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2
     assert "no such file or folder" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_cli_figure_key_plots_another_criterion(tmp_path):
+    records = [{**r, "nac_me_a1_r5": r["nac_me"] * 2} for r in make_records(A0_H0, trial_seed=0)]
+    write_jsonl(tmp_path / "s0", records)
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "s0"), "--out", str(out), "--figure-key", "nac_me_a1_r5"]) == 0
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert any(n.endswith("_nac_me_a1_r5_vs_ood.png") for n in names)
+    assert not any(n.endswith("_nac_me_vs_ood.png") for n in names)
