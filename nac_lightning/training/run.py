@@ -96,10 +96,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             json.dump(json_safe(summary), fh, indent=2, allow_nan=False)
         with open(os.path.join(output_dir, "summary.md"), "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
-        print("\n" + text + f"\n\nRun directory: {output_dir}", flush=True)
-        return summary
     finally:
         _finish_wandb(loggers)
+    # after W&B's own closing output, so the table is the last thing on the screen
+    print("\n" + text + f"\n\nRun directory: {output_dir}", flush=True)
+    return summary
 
 
 def _finish_wandb(loggers: list[Logger]) -> None:
