@@ -38,7 +38,11 @@ def _chunks(data: bytes):
 
 
 def read_run(run_dir: str) -> dict:
-    """``{"summary": {...}, "history": [{...}, ...], "config": {...}}`` of an offline run dir."""
+    """``{"summary": {...}, "history": [{...}, ...], "config": {...}}`` of an offline run dir.
+
+    ``summary`` follows W&B's meaning: the last logged value of every history key, updated by
+    the explicit summary records (which wandb-core writes asynchronously, so under load the
+    last of them can trail the history records)."""
     (path,) = glob.glob(os.path.join(run_dir, "run-*.wandb"))
     summary, history, config = {}, [], {}
     with open(path, "rb") as f:
@@ -61,7 +65,9 @@ def read_run(run_dir: str) -> dict:
         elif kind == "config":
             for item in rec.config.update:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return {"summary": summary, "history": history, "config": config}
+    merged = {k: v for row in history for k, v in row.items()}
+    merged.update(summary)
+    return {"summary": merged, "history": history, "config": config}
 
 
 def offline_runs(root: str) -> list[str]:
