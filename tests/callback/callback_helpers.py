@@ -2,6 +2,7 @@
 
 import lightning.pytorch as pl
 import torch
+from quiet_trainer import quiet_trainer
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -73,22 +74,7 @@ def loader(ds, shuffle=False, batch_size=64):
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle)
 
 
-def trainer(tmp_path, callbacks, max_epochs=3, **kw):
-    kw.setdefault("logger", False)
-    kw.setdefault(
-        "enable_checkpointing", any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
-    )
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=kw.pop("num_sanity_val_steps", 0),
-        accelerator="cpu",
-        devices=1,
-        **kw,
-    )
+trainer = quiet_trainer
 
 
 def reference_nac_me(model, ds, alpha, bins, r, layer_fn=None, correct_only=True):

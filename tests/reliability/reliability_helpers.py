@@ -13,6 +13,7 @@ import os
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from quiet_trainer import quiet_trainer
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -79,24 +80,7 @@ class MLP(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def make_trainer(root, callbacks, max_epochs: int = 3, **kw) -> pl.Trainer:
-    """A quiet CPU trainer; checkpointing only if a ModelCheckpoint is given."""
-    kw.setdefault("logger", False)
-    kw.setdefault(
-        "enable_checkpointing",
-        any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
-    )
-    kw.setdefault("accelerator", "cpu")
-    kw.setdefault("devices", 1)
-    kw.setdefault("num_sanity_val_steps", 0)
-    return pl.Trainer(
-        default_root_dir=root,
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kw,
-    )
+make_trainer = quiet_trainer
 
 
 def head_states(model: MLP, x: torch.Tensor, alpha: float = ALPHA):
