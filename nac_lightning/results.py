@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from nac_lightning.serialization import json_safe
 
@@ -42,7 +45,8 @@ class ResultsWriter(pl.Callback):
     standalone ``trainer.validate()``), flushed and fsynced one by one, by global rank zero only,
     so a crash loses nothing already computed. When training starts, lines with ``step`` greater
     than the trainer's global step are dropped: a run resumed from a checkpoint continues the
-    file without duplicates, and a fresh run (step 0) starts a new file.
+    file without duplicates, and a fresh run (step 0) starts a new file. The previous file is
+    then kept beside it as ``results.jsonl.<time>.bak`` (a warning names it).
 
     Args:
         path: the ``results.jsonl`` file to write (parent folders are created).
@@ -88,6 +92,14 @@ class ResultsWriter(pl.Callback):
                 kept.append(line if line.endswith("\n") else line + "\n")
         if len(kept) == len(lines):
             return
+        # keep what is dropped: nothing already computed is lost
+        backup = f"{self.path}.{time.strftime('%Y%m%d-%H%M%S')}.bak"
+        shutil.copyfile(self.path, backup)
+        rank_zero_warn(
+            f"ResultsWriter: {len(lines) - len(kept)} line(s) of {self.path} come after step "
+            f"{step} (a fresh run, or a resume from an earlier checkpoint) and were removed; "
+            f"the previous file is kept as {backup}"
+        )
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.writelines(kept)

@@ -144,6 +144,8 @@ def test_resume_drops_lines_past_the_checkpoint(tmp_path, digits, make_loader):
     records = read_results(path)
     assert [r["step"] for r in records] == [2, 4, 6, 8]
     assert not any(r.get("stale") for r in records)
+    (backup,) = tmp_path.glob("results.jsonl.*.bak")  # the dropped lines are kept there
+    assert '"stale": true' in backup.read_text()
 
 
 def test_fresh_run_starts_a_new_file(tmp_path, digits, make_loader):
@@ -153,3 +155,6 @@ def test_fresh_run_starts_a_new_file(tmp_path, digits, make_loader):
     records = read_results(path)
     assert [r["step"] for r in records] == [2] and "old" not in records[0]
     assert math.isfinite(records[0]["val_acc"])
+    # the previous file is kept, not lost
+    (backup,) = tmp_path.glob("results.jsonl.*.bak")
+    assert json.loads(backup.read_text()) == {"step": 2, "old": True}
