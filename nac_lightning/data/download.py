@@ -70,6 +70,8 @@ __all__ = [
 
 BASE_URL_ENV = "NAC_DATA_BASE_URL"
 LILA_URL = "https://storage.googleapis.com/public-datasets-lila/caltechcameratraps"
+#: what gdown fetches for a Google Drive id (gdown's own form of ``download(id=...)``)
+GDRIVE_URL = "https://drive.google.com/uc?id={id}"
 TERRA_LOCATIONS = ("38", "46", "100", "43")
 TERRA_CATEGORIES = (
     "bird", "bobcat", "cat", "coyote", "dog", "empty", "opossum", "rabbit", "raccoon", "squirrel",
@@ -412,9 +414,8 @@ def _fetch(
             f"the file by hand as {dest} and run again, or use --base-url with a mirror"
         )
         try:
-            result = gdown.download(
-                id=archive.gdrive_id, output=str(dest), quiet=not progress, resume=True
-            )
+            url = GDRIVE_URL.format(id=archive.gdrive_id)
+            result = gdown.download(url=url, output=str(dest), quiet=not progress, resume=True)
         except Exception as exc:  # gdown raises several types (FileURLRetrievalError, ...)
             raise DownloadError(
                 f"gdown could not fetch {archive.filename} (Google Drive id {archive.gdrive_id}): "

@@ -165,6 +165,9 @@ def server(served):
 
 # -------------------------------------------------------------------------------- tests
 def test_sources_are_domainbeds():
+    from nac_lightning.data import download
+
+    assert download.GDRIVE_URL.format(id="X") == "https://drive.google.com/uc?id=X"  # gdown's
     assert SOURCES["pacs"].archives[0].gdrive_id == "1JFr8f805nMUelQWWmfnJR3y4_SYoN5Pd"
     assert SOURCES["vlcs"].archives[0].gdrive_id == "1skwblH1_okBwxWxmRsp9_qi15hyPpxg8"
     assert SOURCES["office_home"].archives[0].gdrive_id == "1uY0pj7oFsjMxRwaD3Sxy0jgel0fsYXLC"
@@ -327,3 +330,25 @@ def test_module_entry_point_is_a_no_op_on_complete_data(make_tree):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "vlcs: already complete" in result.stderr
+
+
+def test_google_drive_archives_go_through_gdown(server, served, tmp_path, monkeypatch):
+    """PACS without --base-url: the archive is fetched by gdown itself (its real code path),
+    pointed at the local server instead of drive.google.com."""
+    from nac_lightning.data import download
+
+    (served["dir"] / "drive").mkdir(exist_ok=True)
+    shutil.copy(
+        served["dir"] / "PACS.zip", served["dir"] / "drive" / SOURCES["pacs"].archives[0].gdrive_id
+    )
+    monkeypatch.setattr(download, "GDRIVE_URL", server.url + "/drive/{id}")
+    root = tmp_path / "data"
+    assert main(["pacs", "--root", str(root)]) == 0
+    assert dataset_is_complete("pacs", root)
+    assert any(
+        path.startswith("/drive/1JFr8f805nMUelQWWmfnJR3y4_SYoN5Pd") for path, _ in server.requests
+    )
+    # a Drive failure (here a 404) is one clear error with the way out
+    monkeypatch.setattr(download, "GDRIVE_URL", server.url + "/missing/{id}")
+    with pytest.raises(DownloadError, match="gdown could not fetch VLCS.tar.gz"):
+        download_dataset("vlcs", tmp_path / "other", progress=False)
