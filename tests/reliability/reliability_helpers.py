@@ -133,6 +133,12 @@ class RankRecorder(Callback):
         with open(path, "w") as f:
             json.dump({"rows": self.rows, "histories": histories}, f)
 
+    def teardown(self, trainer, pl_module, stage):
+        # a DDP worker that exits with its gloo process group alive can abort in the C++
+        # teardown ("terminate called without an active exception"); close it first
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
 
 class Faulty(MLP):
     """An MLP whose validation forward passes can be poisoned, to simulate numerical faults.

@@ -19,6 +19,7 @@ the accuracy (over 252 samples) and hence in NAC-ME. The test quantifies this ex
 
 import json
 import time
+import warnings
 
 import pytest
 import torch
@@ -33,6 +34,7 @@ from reliability_helpers import (
     reference,
     split,
 )
+from torch.multiprocessing.spawn import ProcessExitedException
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from nac_lightning import NACMECallback
@@ -79,7 +81,14 @@ def _run(root, devices):
     else:
         sampler = DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=0)
         train_loader = DataLoader(train, batch_size=BATCH * WORLD, sampler=sampler)
-    t.fit(model, train_loader, [loader(val, BATCH), loader(odd, BATCH)])
+    try:
+        t.fit(model, train_loader, [loader(val, BATCH), loader(odd, BATCH)])
+    except ProcessExitedException as err:
+        # a worker killed by a signal while exiting, after it finished fitting and wrote its
+        # results (seen once under heavy load), is a torch/gloo teardown race, not a result
+        if not all((root / f"rank{k}.json").exists() for k in range(devices)):
+            raise
+        warnings.warn(f"DDP worker died at exit after completing fit: {err}", stacklevel=1)
     ranks = [json.loads((root / f"rank{k}.json").read_text()) for k in range(devices)]
     return t, model, callbacks[2], ranks
 
