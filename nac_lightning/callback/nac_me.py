@@ -504,15 +504,20 @@ class NACMECallback(Callback):
         return logits.detach(), states
 
     # ----------------------------------------------------------------- epoch end
-    def _accuracy(self, trainer: pl.Trainer, indices: Sequence[int]) -> float | None:
-        """Mean over ``indices`` of each dataloader's accuracy (counts summed over ranks);
-        ``None`` when none of them saw a labeled sample."""
-        accs = []
-        for i in indices:
+    def _loader_accuracies(self, trainer: pl.Trainer) -> dict[int, float | None]:
+        """Accuracy of every watched dataloader (counts summed over ranks, one reduction per
+        loader, in the same order on every rank); ``None`` for a loader without labeled data."""
+        accs: dict[int, float | None] = {}
+        for i in sorted(self._acc):
             correct, total = (trainer.strategy.reduce(t, reduce_op="sum") for t in self._acc[i])
-            if total.item():
-                accs.append(correct.item() / total.item())
-        return sum(accs) / len(accs) if accs else None
+            accs[i] = correct.item() / total.item() if total.item() else None
+        return accs
+
+    @staticmethod
+    def _mean_accuracy(accs: dict[int, float | None], indices: Sequence[int]) -> float | None:
+        """Mean accuracy of the dataloaders ``indices`` that saw labeled data, else ``None``."""
+        values = [accs[i] for i in indices if accs[i] is not None]
+        return sum(values) / len(values) if values else None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active:
@@ -565,17 +570,18 @@ class NACMECallback(Callback):
                 "validation, not 0. ModelCheckpoint(mode='max') ranks NaN below every finite "
                 "score; EarlyStopping stops on NaN unless check_finite=False."
             )
+        accs = self._loader_accuracies(trainer)
         entry: dict[str, Any] = {
             "epoch": trainer.current_epoch,
             "global_step": trainer.global_step,
             "nac_me": nac,
-            "val_acc": self._accuracy(trainer, self.val_dataloader_idx),
-            "ood_acc": self._accuracy(trainer, self.ood_dataloader_idx),
+            "val_acc": self._mean_accuracy(accs, self.val_dataloader_idx),
+            "ood_acc": self._mean_accuracy(accs, self.ood_dataloader_idx),
         }
         for i in self.ood_dataloader_idx:
-            entry[f"ood_acc/{i}"] = self._accuracy(trainer, [i])
+            entry[f"ood_acc/{i}"] = accs[i]
         if self.oracle_dataloader_idx:
-            entry["oracle_acc"] = self._accuracy(trainer, self.oracle_dataloader_idx)
+            entry["oracle_acc"] = self._mean_accuracy(accs, self.oracle_dataloader_idx)
         if len(values) > 1:
             entry.update({f"nac_me/{k}": v for k, v in values.items()})
         for key in ("occupied_bins", "saturated", "state_std", "n_samples"):
