@@ -110,9 +110,11 @@ class DomainBedDataModule(L.LightningDataModule):
         num_workers: DataLoader workers (0: load in the main process).
         augment: DomainBed's training augmentation on the source "in" splits (image datasets;
             ``rotated_digits`` is never augmented).
-        nac_on_train: add the source "in" splits (no augmentation) as an extra validation
-            loader named ``train`` and point ``nac_idx`` at it (the official NAC-ME code's
-            choice); otherwise NAC-ME uses the in-domain validation loader (``nac_idx=0``).
+        nac_on_train: add the source "in" splits as an extra validation loader named
+            ``train`` and point ``nac_idx`` at it (the official NAC-ME code's choice);
+            otherwise NAC-ME uses the in-domain validation loader (``nac_idx=0``).
+        nac_train_augment: with ``nac_on_train``, apply the training augmentation to that
+            loader too, as the official code does (default: the eval transform).
         steps_per_epoch: training steps per epoch (default: ``ceil(max source "in" size /
             batch_size)``).
         seed: seed of the training batch sampler and of worker seeds (default: ``trial_seed``).
@@ -138,6 +140,7 @@ class DomainBedDataModule(L.LightningDataModule):
         num_workers: int = 0,
         augment: bool = True,
         nac_on_train: bool = False,
+        nac_train_augment: bool = False,
         steps_per_epoch: int | None = None,
         seed: int | None = None,
         replacement: bool = True,
@@ -172,6 +175,7 @@ class DomainBedDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.augment = bool(augment)
         self.nac_on_train = bool(nac_on_train)
+        self.nac_train_augment = bool(nac_train_augment)
         self._steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.seed = self.trial_seed if seed is None else int(seed)
         self.replacement = bool(replacement)
@@ -250,8 +254,9 @@ class DomainBedDataModule(L.LightningDataModule):
             + [subset(e, "out", eval_tf) for e in self.test_envs]
         )
         if self.nac_on_train:
+            nac_tf = train_tf if self.nac_train_augment else eval_tf
             self.val_datasets.append(
-                ConcatDataset([subset(e, "in", eval_tf) for e in self.source_envs])
+                ConcatDataset([subset(e, "in", nac_tf) for e in self.source_envs])
             )
         self.test_datasets = [
             TransformedSubset(data[e], range(len(data[e])), eval_tf) for e in self.test_envs

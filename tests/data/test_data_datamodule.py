@@ -133,6 +133,22 @@ def test_train_augmentation_is_applied(pacs_root):
     assert torch.equal(dm.val_datasets[0][0][0], dm.val_datasets[0][0][0])
 
 
+def test_nac_train_loader_augmentation_is_optional(pacs_root):
+    """nac_on_train: eval transform by default; the official code's augmentation on request."""
+    plain = DomainBedDataModule("pacs", pacs_root, test_envs=[0], nac_on_train=True)
+    plain.setup()
+    nac = plain.val_datasets[plain.nac_idx]
+    assert torch.equal(nac[0][0], nac[0][0])
+    aug = DomainBedDataModule(
+        "pacs", pacs_root, test_envs=[0], nac_on_train=True, nac_train_augment=True
+    )
+    aug.setup()
+    nac = aug.val_datasets[aug.nac_idx]
+    a, b = nac[0][0], nac[0][0]
+    assert a.shape == (3, 224, 224) and not torch.equal(a, b)
+    assert torch.equal(aug.val_datasets[0][0][0], aug.val_datasets[0][0][0])  # val untouched
+
+
 def test_sampler_epochs_are_fresh_and_reproducible():
     sampler = BalancedDomainSampler([10, 3, 7], batch_size=2, seed=5)
     assert sampler.num_steps == 5 and len(sampler) == 30
