@@ -203,6 +203,7 @@ class NACMECallback(Callback):
         self._batch_armed = False
         self._warned_degenerate = False
         self._model_id: int | None = None
+        self._layer_modules: dict[str, nn.Module] = {}  # the named layers, set in setup()
 
     # ----------------------------------------------------------------- Lightning plumbing
     @property
@@ -217,8 +218,8 @@ class NACMECallback(Callback):
         self.report = state_dict.get("report")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for path in self.layers or []:
-            resolve_module(pl_module, path)  # fail early, with close matches
+        # resolved once per stage (fails early, with close matches), not per batch
+        self._layer_modules = {p: resolve_module(pl_module, p) for p in self.layers or []}
         if self._model_id != id(pl_module):  # a new model: detect the layers again
             self._release()
             self._model_id = id(pl_module)
@@ -489,8 +490,7 @@ class NACMECallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Any
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Own forward with gradients; states of each named layer's output."""
-        modules = {p: resolve_module(pl_module, p) for p in self.layers}
-        with self._grad_mode(trainer), recording(modules, differentiable=True) as rec:
+        with self._grad_mode(trainer), recording(self._layer_modules, differentiable=True) as rec:
             logits = self._forward(pl_module, self._fresh(x))
             missing = [p for p in self.layers if p not in rec.outputs]
             if missing:
